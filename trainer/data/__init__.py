@@ -1,0 +1,1 @@
+"""Data layer: publisher formats -> canonical events/items tables -> prepared sessions and graphs."""
