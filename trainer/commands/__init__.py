@@ -1,0 +1,1 @@
+"""Sub-commands of m2grl-train, one module each (see trainer.cli)."""
