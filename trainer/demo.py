@@ -25,7 +25,9 @@ def _entry(module: str) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="m2grl-demo", description=__doc__)
-    parser.add_argument("--runs", type=Path, default=Path("runs"), help="where prepared data, artifacts, indexes go")
+    parser.add_argument(
+        "--runs", type=Path, default=Path("runs"), help="where prepared data, artifacts, indexes go"
+    )
     parser.add_argument("--epochs", type=int, default=3, help="short schedule for the demo (paper: 10)")
     parser.add_argument("--no-serve", action="store_true", help="stop after building the indexes")
     parser.add_argument("--port", type=int, default=8000)

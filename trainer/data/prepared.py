@@ -100,9 +100,16 @@ def save_view(view_dir: Path, view: ViewData) -> None:
     """Write one view in the layout above (used by preparation; readers use PreparedData)."""
     view_dir.mkdir(parents=True, exist_ok=True)
     pl.DataFrame(
-        {"node_id": pl.Series(view.node_ids.tolist(), dtype=pl.Utf8), "count": view.node_counts.astype(np.int64)}
+        {
+            "node_id": pl.Series(view.node_ids.tolist(), dtype=pl.Utf8),
+            "count": view.node_counts.astype(np.int64),
+        }
     ).write_parquet(view_dir / "nodes.parquet")
-    np.savez(view_dir / "sequences.npz", tokens=view.seq_tokens.astype(np.int32), offsets=view.seq_offsets.astype(np.int64))
+    np.savez(
+        view_dir / "sequences.npz",
+        tokens=view.seq_tokens.astype(np.int32),
+        offsets=view.seq_offsets.astype(np.int64),
+    )
     np.savez(
         view_dir / "edges.npz",
         src=view.edge_src.astype(np.int32),
@@ -138,9 +145,13 @@ class PreparedData:
         self.path = Path(path)
         manifest_path = self.path / "manifest.json"
         if not self.path.is_dir():
-            raise PreparedDataError(f"{self.path}: no prepared data directory here (run 'm2grl-train prepare')")
+            raise PreparedDataError(
+                f"{self.path}: no prepared data directory here (run 'm2grl-train prepare')"
+            )
         if not manifest_path.exists():
-            raise PreparedDataError(f"{manifest_path}: missing; {self.path} is not a complete prepared directory")
+            raise PreparedDataError(
+                f"{manifest_path}: missing; {self.path} is not a complete prepared directory"
+            )
         raw = json.loads(manifest_path.read_text())
         if raw.get("schema_version") != PREPARED_SCHEMA_VERSION:
             raise PreparedDataError(
