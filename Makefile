@@ -8,7 +8,7 @@ M2GRL_DATA_DIR ?= $(if $(wildcard ../shared/data),$(abspath ../shared/data),)
 export M2GRL_DATA_DIR
 RUNS ?= runs
 
-.PHONY: venv demo test lint format eval bench clean
+.PHONY: venv demo test lint format eval bench deploy-check images clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -38,6 +38,15 @@ eval: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_train.py --out $(RUNS)/bench_train.json
+
+deploy-check: $(STAMP)
+	$(BIN)/hadolint Dockerfile
+	$(BIN)/python -m pytest -q tests/test_deploy.py
+
+# Needs a Docker engine (none runs on the development machines).
+images:
+	docker build --target serve -t m2grl-serve:0.1.0 .
+	docker build --target train -t m2grl-train:0.1.0 .
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

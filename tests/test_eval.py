@@ -331,7 +331,8 @@ def test_m2grl_trained_and_from_artifact(chain: PreparedData, popularity_hr: flo
     from trainer.model.config import TrainConfig
     from trainer.model.metric import fit_metric
 
-    small = {"batch_size": 256, "metric_pairs": 4000, "metric_epochs": 2}
+    # tiny data, few steps: the paper's larger learning rate converges within them
+    small = {"batch_size": 256, "metric_pairs": 4000, "metric_epochs": 2, "lr": 0.01}
     out = run_evaluation(
         chain, EvalOptions(methods=["m2grl"], ks=[10, 50], epochs=5, method_overrides={"m2grl": small})
     )

@@ -92,7 +92,8 @@ def cluster_margin(E: np.ndarray, labels: np.ndarray) -> float:
     return float(S[same & off].mean() - S[~same].mean())
 
 
-FAST = dict(dim=16, relation_dim=16, batch_size=256, threads=1)
+# Tiny planted data gives few steps: the larger learning rate (the paper's 0.01) converges within them.
+FAST = dict(dim=16, relation_dim=16, batch_size=256, threads=1, lr=0.01)
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +104,10 @@ def planted():
 @pytest.fixture(scope="module")
 def planted_model(planted):
     views, _, _ = planted
-    return train_views(views, TrainConfig(**FAST, epochs=4, seed=1), progress=False)
+    # The paper's task balance (each task a full mean-loss batch per step), under which the alignment
+    # task is strong enough to be asserted on the planted truth below.
+    cfg = TrainConfig(**FAST, epochs=4, seed=1, loss_normalisation="task")
+    return train_views(views, cfg, progress=False)
 
 
 # ------------------------------------------------------------------------------------- pair generation
@@ -257,7 +261,7 @@ def test_inter_view_task_pulls_rare_items_to_their_category():
     views, cat_of, _ = planted_views(
         n_items=2000, n_cat=10, n_seq=1000, length=10, stay=0.5, noise=1.0, seed=3
     )
-    base = TrainConfig(**FAST, epochs=5, seed=0)
+    base = TrainConfig(**FAST, epochs=5, seed=0, loss_normalisation="task")
     with_inter = train_views(views, base, progress=False)
     without = train_views(views, base.model_copy(update={"inter_view": False}), progress=False)
     m_with = cluster_margin(with_inter.embeddings["item"], cat_of)
@@ -281,7 +285,8 @@ def test_weighting_modes_reported(planted):
 
 def test_sgd_walks_and_threads_still_learn(planted):
     views, cat_of, _ = planted
-    sgd = train_views(views, TrainConfig(**FAST, epochs=3, optimizer="sgd", lr=0.05), progress=False)
+    sgd_cfg = TrainConfig(**{**FAST, "lr": 0.05}, epochs=3, optimizer="sgd")
+    sgd = train_views(views, sgd_cfg, progress=False)
     assert cluster_margin(sgd.embeddings["item"], cat_of) > 0.3
     # DeepWalk-style: walks only on the item graph (one sequence of 2 nodes plus walks_per_node)
     walks = TrainConfig(**FAST, epochs=2, walks_per_node=5, inter_view=False, weighting="uniform")

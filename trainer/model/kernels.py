@@ -60,8 +60,10 @@ _S11 = np.uint64(11)
 _LOW32 = np.uint64(0xFFFFFFFF)
 
 # hp: the float hyper-parameters of run_steps, by index
-HP_LR, HP_BETA1, HP_BETA2, HP_EPS, HP_CLIP, HP_BATCH_REF, HP_SGD, HP_S_MIN, HP_TOTAL_STEPS = range(9)
-N_HP = 9
+HP_LR, HP_BETA1, HP_BETA2, HP_EPS, HP_CLIP, HP_BATCH_REF, HP_SGD, HP_S_MIN, HP_TOTAL_STEPS, HP_PER_PAIR = (
+    range(10)
+)
+N_HP = 10
 # imeta/xmeta columns: offset into the epoch's pair arrays, pair count, largest batch of a step,
 # first global row of the negatives' table, offset and length of the task's alias table
 META_OFF, META_CNT, META_BS, META_NEG_ROW, META_ALIAS_OFF, META_ALIAS_N = range(6)
@@ -579,6 +581,11 @@ def run_steps(pr, ep, wk, wmode, wfixed, hp, negatives, step_lo, step_hi, stride
     losses = wk.losses
     slot_of_row = wk.slot_of_row
     rows_of_slot = wk.rows_of_slot
+    # Gradient denominators per task: with per-pair normalisation every pair of every task weighs
+    # 1 / batch_ref, as when each task trains on its own full batches; otherwise a task's pairs of the
+    # step share its weight (mean loss), which inflates the per-pair gradient of tasks with few pairs.
+    per_pair = hp[HP_PER_PAIR] > 0.5
+    den = np.empty(n_tasks, np.int64)
     for step in range(step_lo, step_hi, stride):
         row_out = step - out_base
         lr = lr0
@@ -652,9 +659,12 @@ def run_steps(pr, ep, wk, wmode, wfixed, hp, negatives, step_lo, step_hi, stride
             out_norm[row_out] = 0.0
             continue
 
+        for t in range(n_tasks):
+            den[t] = max(np.int64(hp[HP_BATCH_REF]), bcount[t]) if per_pair else max(bcount[t], 1)
+
         # 2. intra tasks
         if ni > 0:
-            sgns_accumulate(P, wk.G, wk.e_c, wk.e_o, wk.e_cs, wk.e_os, wk.e_task, ni, weights, bcount, tab,
+            sgns_accumulate(P, wk.G, wk.e_c, wk.e_o, wk.e_cs, wk.e_os, wk.e_task, ni, weights, den, tab,
                             wk.e_loss)  # fmt: skip
             for e in range(ni):
                 losses[wk.e_task[e]] += wk.e_loss[e]
@@ -682,7 +692,7 @@ def run_steps(pr, ep, wk, wmode, wfixed, hp, negatives, step_lo, step_hi, stride
                     wk.Wt[q, o] = Wu[o, q]
             relational_forward(P, wk.Wt, wk.rel_rows, nu, wk.X, wk.R)
             wk.gb[u] = align_accumulate(wk.R, wk.dR, wk.x_ir, wk.x_ar, wk.x_a, lo, hi, nu, pr.b[u],
-                                        weights[tw] / bcount[tw], tab, wk.x_loss)  # fmt: skip
+                                        weights[tw] / den[tw], tab, wk.x_loss)  # fmt: skip
             relational_backward(Wu, wk.X, wk.dR, wk.rel_rows, nu, slot_of_row, wk.G, wk.gW[u])
             for e in range(lo, hi):
                 losses[tw] += wk.x_loss[e]

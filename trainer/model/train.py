@@ -244,6 +244,7 @@ def _train(
     hp[K.HP_BATCH_REF] = config.batch_size
     hp[K.HP_SGD] = 1.0 if config.optimizer == "sgd" else 0.0
     hp[K.HP_S_MIN] = math.log(config.sigma2_min)
+    hp[K.HP_PER_PAIR] = 1.0 if config.loss_normalisation == "pair" else 0.0
     tab = K.make_tables()
     works: list[K.Work] = []
     work_cap: tuple[int, int, int] = (-1, -1, -1)
