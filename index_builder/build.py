@@ -137,7 +137,7 @@ def build_hnsw(
     vectors: np.ndarray,
     space: str,
     *,
-    M: int = 16,
+    M: int = 32,
     ef_construction: int = 200,
     threads: int = -1,
     seed: int = 0,
