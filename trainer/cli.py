@@ -46,6 +46,14 @@ def main(argv: list[str] | None = None) -> int:
         msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         print(f"m2grl-train {args.command}: error: {msg}", file=sys.stderr)
         return 2
+    except OSError as exc:
+        # Disk full, permissions, ...: outputs are written through temp dirs, so none is half-written.
+        if exc.errno is None and "requested and" in str(exc):
+            what = f"write failed, disk full? ({exc})"  # numpy's short write carries no errno
+        else:
+            what = f"{exc.filename + ': ' if exc.filename else ''}{exc.strerror or exc}"
+        print(f"m2grl-train {args.command}: error: {what}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
