@@ -43,6 +43,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--category-view", help="attribute view holding categories for the discovery metrics")
     parser.add_argument(
+        "--index",
+        type=Path,
+        help="published index version (INDEX_ROOT/VERSION): also score its strategies as the service "
+        "queries them and report the difference to exact search",
+    )
+    parser.add_argument(
         "--out", type=Path, required=True, help="metrics.json to write (metrics.md beside it)"
     )
 
@@ -81,7 +87,17 @@ def run(args: argparse.Namespace) -> int:
     )
     if options.artifact is not None and not options.artifact.exists():
         raise FileNotFoundError(f"--artifact {options.artifact}: no such directory")
-    result = run_evaluation(PreparedData(args.data), options)
+    if args.index is not None and not (args.index / "manifest.json").exists():
+        raise FileNotFoundError(f"--index {args.index}: not an index version directory (no manifest.json)")
+    prepared = PreparedData(args.data)
+    result = run_evaluation(prepared, options)
+    if args.index is not None:
+        from trainer.eval.index_check import index_vs_exact
+        from trainer.eval.protocol import build_eval_set
+
+        result["index_vs_exact"] = index_vs_exact(
+            prepared, build_eval_set(prepared), args.index, options.ks, ("general", "diversity")
+        )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     md = args.out.with_suffix(".md")

@@ -62,4 +62,21 @@ def markdown_report(metrics: dict[str, Any]) -> str:
                         f"| {strategy} | {100 * d['discovery_hr@50']:.2f} | {d['distinct_categories@50']:.2f} |"
                     )
             lines.append("")
+    check = metrics.get("index_vs_exact")
+    if check:
+        k = max(proto["ks"])
+        lines += [
+            f"## HNSW index {check['index_version']} against exact search (K = {k})",
+            "",
+            f"| strategy | HitRate@{k} index | HitRate@{k} exact | difference | overlap of top {k} |",
+            "|---|---:|---:|---:|---:|",
+        ]
+        for strategy in ("general", "diversity"):
+            if strategy in check:
+                c = check[strategy]
+                lines.append(
+                    f"| {strategy} | {100 * c['index'][f'hr@{k}']:.2f} | {100 * c['exact'][f'hr@{k}']:.2f} | "
+                    f"{100 * c['difference'][f'hr@{k}']:+.2f} | {100 * c[f'overlap@{k}']:.2f} |"
+                )
+        lines.append("")
     return "\n".join(lines)
