@@ -57,15 +57,18 @@ def add_config_arguments(parser: argparse.ArgumentParser, model: type[BaseModel]
             raise TypeError(f"cannot make a flag for {model.__name__}.{name}: {ann!r}")
 
 
-def config_from_args(args: argparse.Namespace, model: type[BaseModel] = TrainConfig) -> Any:
-    """The config with the flags given on the command line; a bad value -> ValueError naming the flag."""
+def config_from_args(
+    args: argparse.Namespace, model: type[BaseModel] = TrainConfig, preset: dict[str, Any] | None = None
+) -> Any:
+    """The config with the flags given on the command line over ``preset`` (the dataset's training preset);
+    a bad value -> ValueError naming the flag."""
     given = {
         k[len(_DEST_PREFIX) :]: v
         for k, v in vars(args).items()
         if k.startswith(_DEST_PREFIX) and v is not None
     }
     try:
-        return model(**given)
+        return model(**{**(preset or {}), **given})
     except ValidationError as exc:
         problems = "; ".join(f"{_flag(str(e['loc'][0]))}: {e['msg']}" for e in exc.errors())
         raise ValueError(f"bad training option: {problems}") from None
@@ -100,9 +103,13 @@ def run(args: argparse.Namespace) -> int:
     from trainer.artifact.writer import write_artifact
     from trainer.data.prepared import PreparedData
     from trainer.model.metric import fit_metric
+    from trainer.model.presets import preset_settings
 
-    config = config_from_args(args)
     prepared = PreparedData(args.data)  # PreparedDataError (a ValueError) names the problem
+    preset = preset_settings(prepared.manifest.dataset)
+    config = config_from_args(args, preset=preset)
+    if preset:
+        log.info("training preset of %s: %s (flags override it)", prepared.manifest.dataset, preset)
     _check_views(config, prepared.view_names)
     try:
         from trainer.model.train import fit

@@ -96,12 +96,12 @@ class M2GRL(Method):
                 raise MethodUnavailable(
                     f"{self.name} needs trainer.model.train.fit, not available: {exc}"
                 ) from exc
-            from trainer.model.config import TrainConfig
+            from trainer.model.presets import preset_config
 
             settings = {**self.overrides, **self.extra, "seed": self.ctx.seed}
             if self.ctx.epochs is not None:
                 settings["epochs"] = self.ctx.epochs
-            config = TrainConfig(**settings)
+            config = preset_config(prepared.manifest.dataset, **settings)
             model = fit(prepared, config)
             if self.fits_metric and prepared.attribute_views and config.metric_epochs > 0:
                 from trainer.model.metric import fit_metric
