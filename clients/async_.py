@@ -33,13 +33,7 @@ class AsyncM2GRLClient(_Api):
         max_connections: int = 64,
     ) -> None:
         super().__init__(url, token, retry)
-        self._http = httpx.AsyncClient(
-            base_url=self.url,
-            timeout=timeout,
-            transport=transport,
-            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
-            headers={"Accept": "application/json", "User-Agent": "m2grl-client"},
-        )
+        self._http = httpx.AsyncClient(**self._http_options(timeout, transport, max_connections))
 
     async def __aenter__(self) -> AsyncM2GRLClient:
         return self

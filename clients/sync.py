@@ -89,6 +89,18 @@ class _Api:
         self.retry = retry or RetryPolicy()
 
     # -- call builders
+    def _http_options(self, timeout: float, transport: Any, max_connections: int) -> dict[str, Any]:
+        """httpx client options shared by the sync and async clients (pooled, keep-alive connections)."""
+        return {
+            "base_url": self.url,
+            "timeout": timeout,
+            "transport": transport,
+            "limits": httpx.Limits(
+                max_connections=max_connections, max_keepalive_connections=max_connections
+            ),
+            "headers": {"Accept": "application/json", "User-Agent": "m2grl-client"},
+        }
+
     @staticmethod
     def _candidates_call(
         item_id: str,
@@ -225,13 +237,7 @@ class M2GRLClient(_Api):
         max_connections: int = 32,
     ) -> None:
         super().__init__(url, token, retry)
-        self._http = httpx.Client(
-            base_url=self.url,
-            timeout=timeout,
-            transport=transport,
-            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
-            headers={"Accept": "application/json", "User-Agent": "m2grl-client"},
-        )
+        self._http = httpx.Client(**self._http_options(timeout, transport, max_connections))
 
     def __enter__(self) -> M2GRLClient:
         return self
