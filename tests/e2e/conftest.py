@@ -40,6 +40,13 @@ def run_tool(name: str, *args: str, timeout: float = 120, check: bool = True) ->
     return proc
 
 
+def build_index(artifact: Path, out: Path) -> subprocess.CompletedProcess:
+    """``m2grl-index build`` of an artifact (version or root) into the index root ``out``, one thread."""
+    return run_tool(
+        "m2grl-index", "--quiet", "build", "--artifact", str(artifact), "--out", str(out), "--threads", "1"
+    )
+
+
 def fit_artifact(prepared: Path, out: Path, *extra: str) -> Path:
     """``m2grl-train fit`` with the small schedule; returns the artifact version directory it printed."""
     proc = run_tool("m2grl-train", "fit", "--data", str(prepared), "--out", str(out), *FIT_FLAGS, *extra)

@@ -23,7 +23,7 @@ from index_builder.publish import CURRENT_NAME, VERSION_RE, list_versions, read_
 from index_builder.reader import IndexVersion
 from service.app import create_app
 from service.settings import Settings
-from tests.e2e.conftest import TOKEN, run_tool, tool, write_drill_report
+from tests.e2e.conftest import TOKEN, build_index, run_tool, tool, write_drill_report
 from tests.helpers_server import REPO, running_process, running_server, wait_until
 from tests.test_service import metric
 
@@ -34,17 +34,7 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 def built_root(artifact_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An index root with one version built by ``m2grl-index build`` from the session artifact."""
     root = tmp_path_factory.mktemp("e2e-faults") / "indexes"
-    run_tool(
-        "m2grl-index",
-        "--quiet",
-        "build",
-        "--artifact",
-        str(artifact_root),
-        "--out",
-        str(root),
-        "--threads",
-        "1",
-    )
+    build_index(artifact_root, root)
     return root
 
 
@@ -160,17 +150,7 @@ def test_index_build_killed_before_publish_changes_nothing(artifact_root: Path, 
     IndexVersion.open(index_root / current, threads=1)  # still verifies (checksums, recall metadata)
 
     # The next build publishes normally beside the leftover, which readers never take for a version.
-    run_tool(
-        "m2grl-index",
-        "--quiet",
-        "build",
-        "--artifact",
-        str(artifact_root),
-        "--out",
-        str(index_root),
-        "--threads",
-        "1",
-    )
+    build_index(artifact_root, index_root)
     new = read_current(index_root)
     assert new != current and list_versions(index_root) == [*before[1], new]
     verify = run_tool("m2grl-index", "verify", str(index_root), "--threads", "1")
@@ -219,17 +199,7 @@ def test_service_becomes_ready_when_the_first_version_is_published(
         r = httpx.get(url + "/readyz")
         assert r.status_code == 503
         assert httpx.get(url + "/v1/items/1/candidates").status_code == 503
-        run_tool(
-            "m2grl-index",
-            "--quiet",
-            "build",
-            "--artifact",
-            str(artifact_root),
-            "--out",
-            str(root),
-            "--threads",
-            "1",
-        )
+        build_index(artifact_root, root)
         published = time.monotonic()
         wait_until(url + "/readyz", timeout=10)
         ready_after = time.monotonic() - published

@@ -13,7 +13,7 @@ import pytest
 from index_builder.publish import read_current
 from service.app import create_app
 from service.settings import Settings
-from tests.e2e.conftest import TOKEN, run_tool, write_drill_report
+from tests.e2e.conftest import TOKEN, build_index, write_drill_report
 from tests.helpers_server import running_server
 from tests.test_service import metric
 
@@ -28,17 +28,7 @@ EXAMPLES_PER_OPERATION = 250
 @pytest.fixture(scope="module")
 def index_root(artifact_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("e2e-hostile") / "indexes"
-    run_tool(
-        "m2grl-index",
-        "--quiet",
-        "build",
-        "--artifact",
-        str(artifact_root),
-        "--out",
-        str(root),
-        "--threads",
-        "1",
-    )
+    build_index(artifact_root, root)
     return root
 
 
