@@ -227,19 +227,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{PROG} {args.command}: error: {msg}", file=sys.stderr)
         return 2
     except OSError as exc:
+        from trainer.io_errors import describe_os_error
+
         # Disk full, permissions, ...: publication is atomic, so nothing was published; say what failed.
         print(
             f"{PROG} {args.command}: error: {describe_os_error(exc)}; nothing was published", file=sys.stderr
         )
         return 2
-
-
-def describe_os_error(exc: OSError) -> str:
-    """One line for an OSError. numpy's tofile reports a short write without errno: that is a full disk."""
-    if exc.errno is None and "requested and" in str(exc):
-        return f"write failed, disk full? ({exc})"
-    where = f"{exc.filename}: " if exc.filename else ""
-    return f"{where}{exc.strerror or exc}"
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ import pytest
 from trainer.artifact import Artifact, ArtifactError, list_versions
 from trainer.artifact import writer as writer_mod
 from trainer.artifact.writer import update_eval, write_artifact
+from trainer.checksums import sha256_file
 from trainer.commands import export_projector as export_cmd
 from trainer.commands import fit as fit_cmd
 from trainer.data.prepared import PreparedDataError
@@ -195,7 +196,7 @@ def test_missing_extra_and_inconsistent_files(
     ids_path = path / "ids" / "shop.json"
     ids_path.write_text(json.dumps(json.loads(ids_path.read_text())[:-1]))
     manifest = json.loads((path / "manifest.json").read_text())
-    manifest["files"]["ids/shop.json"] = writer_mod.sha256_file(ids_path)
+    manifest["files"]["ids/shop.json"] = sha256_file(ids_path)
     (path / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(ArtifactError, match=r"ids/shop\.json: 4 ids, the view has 5 rows"):
         Artifact.open(path)
@@ -313,7 +314,7 @@ def test_fit_reports_missing_and_incompatible_prepared_data(tmp_path: Path) -> N
 def tiny_prepared(root: Path, seed: int = 0) -> Path:
     """A prepared directory written through the contract (save_view + PreparedManifest): 40 items in 5
     categories, 60 sessions that usually switch category."""
-    from trainer.data.prepared import PreparedManifest, ViewData, save_view, sha256_file
+    from trainer.data.prepared import PreparedManifest, ViewData, save_view
 
     rng = np.random.default_rng(seed)
     n_items, n_cat = 40, 5

@@ -9,10 +9,11 @@ import numpy as np
 import polars as pl
 import pytest
 
+from trainer.checksums import sha256_file
 from trainer.cli import main as cli_main
 from trainer.data import prepare as prepare_mod
 from trainer.data.prepare import OutputExistsError, PrepareOptions, prepare, preset_options
-from trainer.data.prepared import PreparedData, sha256_file
+from trainer.data.prepared import PreparedData
 from trainer.data.schema import LoadedDataset
 
 # All events train, sessions only by the idle gap: isolates the session logic from the split.

@@ -48,11 +48,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except OSError as exc:
         # Disk full, permissions, ...: outputs are written through temp dirs, so none is half-written.
-        if exc.errno is None and "requested and" in str(exc):
-            what = f"write failed, disk full? ({exc})"  # numpy's short write carries no errno
-        else:
-            what = f"{exc.filename + ': ' if exc.filename else ''}{exc.strerror or exc}"
-        print(f"m2grl-train {args.command}: error: {what}", file=sys.stderr)
+        from trainer.io_errors import describe_os_error
+
+        print(f"m2grl-train {args.command}: error: {describe_os_error(exc)}", file=sys.stderr)
         return 2
 
 

@@ -26,8 +26,8 @@ from trainer.artifact.manifest import (
     item_attr_file,
     metric_file,
     relational_file,
-    sha256_file,
 )
+from trainer.checksums import sha256_file
 
 
 def list_versions(root: Path | str) -> list[Path]:

@@ -23,7 +23,6 @@ at work or killed writers, never artifacts.
 
 from __future__ import annotations
 
-import hashlib
 import re
 from pathlib import Path
 from typing import Any
@@ -101,14 +100,6 @@ def relational_file(view: str, part: str) -> str:
 def metric_file(name: str) -> str:
     """name: 'L_i', 'L_ic', 'M_i', 'M_ic' or 'z'."""
     return f"metric/{name}.npy"
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def is_version_dir(path: Path) -> bool:

@@ -39,8 +39,8 @@ from trainer.artifact.manifest import (
     item_attr_file,
     metric_file,
     relational_file,
-    sha256_file,
 )
+from trainer.checksums import sha256_file
 from trainer.model.metric import diversity_vectors, resolve_metric_view
 from trainer.model.result import TrainedModel
 

@@ -33,8 +33,9 @@ import polars as pl
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from tqdm import tqdm
 
+from trainer.checksums import sha256_file
 from trainer.data.graphs import build_view, encode_sorted
-from trainer.data.prepared import PreparedManifest, save_view, sha256_file
+from trainer.data.prepared import PreparedManifest, save_view
 from trainer.data.schema import EVENT_OPTIONAL, ITEM_VIEW, LoadedDataset
 from trainer.data.sessions import ROW, USER, assign_sessions, order_events, split_train_test
 

@@ -88,14 +88,6 @@ class ViewData:
         return {nid: i for i, nid in enumerate(self.node_ids.tolist())}
 
 
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
 def save_view(view_dir: Path, view: ViewData) -> None:
     """Write one view in the layout above (used by preparation; readers use PreparedData)."""
     view_dir.mkdir(parents=True, exist_ok=True)
