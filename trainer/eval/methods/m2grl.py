@@ -122,29 +122,28 @@ class M2GRL(Method):
         return self.retriever.recommend(triggers, k, exclude)
 
 
-class M2GRLAdaptive(M2GRL):
+class _Ablation(M2GRL):
+    """Paper Table 3: always trained here (never read from an artifact), without the metric model."""
+
     fits_metric = False
-    name = "m2grl_adaptive"
     reads_artifact = False
+
+
+class M2GRLAdaptive(_Ablation):
+    name = "m2grl_adaptive"
     overrides = {"weighting": "adaptive"}
 
 
-class M2GRLIntraOnly(M2GRL):
-    fits_metric = False
+class M2GRLIntraOnly(_Ablation):
     name = "m2grl_intra_only"
-    reads_artifact = False
     overrides = {"inter_view": False}
 
 
-class M2GRLUniform(M2GRL):
-    fits_metric = False
+class M2GRLUniform(_Ablation):
     name = "m2grl_uniform"
-    reads_artifact = False
     overrides = {"weighting": "uniform"}
 
 
-class M2GRLStatic(M2GRL):
-    fits_metric = False
+class M2GRLStatic(_Ablation):
     name = "m2grl_static"
-    reads_artifact = False
     overrides = {"weighting": "static"}
